@@ -1,0 +1,58 @@
+"""Shared fixtures: a throw-away copy of the project to run pipelines in, and the real faces."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+ORL_REC = SHARED_DATA / "orl_rec"
+ORL_FACES = SHARED_DATA / "orl_faces"
+
+
+class KedroProject:
+    """The project's conf in a temporary folder, so each test gets its own ``data/``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def run(self, pipeline: str, env: str | None = None, params: dict[str, Any] | None = None) -> dict:
+        bootstrap_project(self.path)
+        with KedroSession.create(project_path=self.path, env=env, runtime_params=params) as session:
+            return session.run(pipeline_names=[pipeline])
+
+    def catalog(self, env: str | None = None, params: dict[str, Any] | None = None):
+        bootstrap_project(self.path)
+        with KedroSession.create(project_path=self.path, env=env, runtime_params=params) as session:
+            return session.load_context().catalog
+
+    def data(self, relative: str) -> Path:
+        return self.path / "data" / relative
+
+
+@pytest.fixture
+def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KedroProject:
+    shutil.copytree(REPO / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    (tmp_path / "conf" / "local").mkdir()
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+    return KedroProject(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def orl_rec() -> Path:
+    assert (ORL_REC / "train.rec").is_file(), f"real faces missing: {ORL_REC} (../shared/data)"
+    return ORL_REC
+
+
+@pytest.fixture(scope="session")
+def orl_faces() -> Path:
+    assert ORL_FACES.is_dir(), f"real faces missing: {ORL_FACES} (../shared/data)"
+    return ORL_FACES
