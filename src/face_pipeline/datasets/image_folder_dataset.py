@@ -67,10 +67,21 @@ def _list_files(root: Path) -> dict[str, os.stat_result]:
     return found
 
 
-def _size_of(source: FileSource) -> int:
+def _is_in_place(existing: os.stat_result | None, source: FileSource) -> bool:
+    """Whether the file already on disk is the one ``source`` would put there.
+
+    Files only ever appear complete (see ``_write_file``), so for bytes the size
+    tells a finished file from a missing one; a link must be to the source itself,
+    a copy (where links fail) of the same size.
+    """
+    if existing is None:
+        return False
     if isinstance(source, bytes | bytearray | memoryview):
-        return memoryview(source).nbytes
-    return os.stat(source).st_size
+        return existing.st_size == memoryview(source).nbytes
+    wanted = os.stat(source)
+    if existing.st_dev == wanted.st_dev:
+        return existing.st_ino == wanted.st_ino
+    return existing.st_size == wanted.st_size
 
 
 def _write_file(target: str, source: FileSource) -> None:
@@ -139,7 +150,9 @@ class ImageFolderDataset(AbstractDataset[Mapping[str, FileSource], ImageFolder])
 
     def load(self) -> ImageFolder:
         if not self._root.is_dir():
-            raise DatasetError(f"image folder '{self._root}' does not exist: run the pipeline that writes it first")
+            raise DatasetError(
+                f"image folder '{self._root}' does not exist: run the pipeline that writes it first"
+            )
         return ImageFolder(self._root)
 
     def save(self, data: Mapping[str, FileSource]) -> None:
@@ -150,14 +163,18 @@ class ImageFolderDataset(AbstractDataset[Mapping[str, FileSource], ImageFolder])
         jobs = [
             (str(self._root / relative), source)
             for relative, source in data.items()
-            if relative not in on_disk or on_disk[relative].st_size != _size_of(source)
+            if not _is_in_place(on_disk.get(relative), source)
         ]
         for directory in {os.path.dirname(target) for target, _ in jobs}:
             os.makedirs(directory, exist_ok=True)
         self._write_all(jobs)
         logger.info(
             "%s: wrote %d files, kept %d already in place, removed %d stale, in %.1fs",
-            self._root, len(jobs), len(data) - len(jobs), removed, time.perf_counter() - started,
+            self._root,
+            len(jobs),
+            len(data) - len(jobs),
+            removed,
+            time.perf_counter() - started,
         )
 
     def _remove_unwanted(self, on_disk: dict[str, os.stat_result], wanted: Mapping[str, FileSource]) -> int:
@@ -174,8 +191,13 @@ class ImageFolderDataset(AbstractDataset[Mapping[str, FileSource], ImageFolder])
 
     def _write_all(self, jobs: list[tuple[str, FileSource]]) -> None:
         shares = min(self._workers, max(1, len(jobs) // _PARALLEL_MIN_FILES))
-        bar = tqdm(total=len(jobs), unit=self._progress_unit, desc=f"writing {self._root.name}",
-                   mininterval=1.0, disable=len(jobs) < _PARALLEL_MIN_FILES)
+        bar = tqdm(
+            total=len(jobs),
+            unit=self._progress_unit,
+            desc=f"writing {self._root.name}",
+            mininterval=1.0,
+            disable=len(jobs) < _PARALLEL_MIN_FILES,
+        )
         if shares == 1:
             for target, source in jobs:
                 _write_file(target, source)

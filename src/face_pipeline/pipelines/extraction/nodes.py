@@ -7,6 +7,7 @@ import time
 
 import pandas as pd
 
+from face_pipeline.errors import FacePipelineError
 from face_pipeline.recordio import RecordIOReader
 
 logger = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ _STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD9)])
 MANIFEST_COLUMNS = ["key", "label", "path", "bytes", "width", "height"]
 
 
-class ExtractionError(ValueError):
+class ExtractionError(FacePipelineError):
     """The RecordIO is too damaged to extract."""
 
 
@@ -95,7 +96,11 @@ def extract_images(reader: RecordIOReader, params: dict) -> tuple[dict, pd.DataF
     }
     logger.info(
         "Read %d image records (%d classes, %d damaged) from %s in %.1fs",
-        len(keys), report["classes"], len(damaged), reader.rec_path, time.perf_counter() - started,
+        len(keys),
+        report["classes"],
+        len(damaged),
+        reader.rec_path,
+        time.perf_counter() - started,
     )
     return files, manifest, report
 

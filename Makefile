@@ -1,0 +1,38 @@
+# Everything a fresh machine needs: `make demo` and `make test` create the venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+KEDRO := $(BIN)/kedro
+DEMO_REC := data/01_raw/demo-webface/train.rec
+
+# No network at run time, so no telemetry either.
+export KEDRO_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
+.PHONY: venv demo test lint benchmark clean-data
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(DEMO_REC): $(VENV)/.installed conf/base/parameters_synthetic.yml
+	$(KEDRO) run --env demo --pipeline=synthetic
+
+demo: $(DEMO_REC)
+	$(KEDRO) run --env demo
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+
+test: lint
+	$(BIN)/pytest
+
+benchmark: venv
+	$(BIN)/python benchmarks/extraction.py
+
+clean-data:
+	find data -mindepth 2 ! -name .gitkeep -delete
