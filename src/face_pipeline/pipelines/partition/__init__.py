@@ -1,0 +1,5 @@
+"""partition pipeline."""
+
+from face_pipeline.pipelines.partition.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]
