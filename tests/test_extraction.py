@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from kedro.io import DatasetError
+
+from mxnet_env import run_mxnet
 
 from face_pipeline.pipelines.extraction.nodes import ExtractionError, jpeg_size
 from face_pipeline.recordio import IRHeader, RecordIOReader, pack, write_insightface
@@ -53,6 +56,27 @@ def test_extracts_every_orl_record_byte_for_byte(kedro_project, orl_rec):
     assert report["images_written"] == 400
     assert report["damaged_records"] == []
     assert report["layout"] == "insightface"
+
+
+MXNET_DIGESTS = """
+import hashlib, json, sys, mxnet as mx
+reader = mx.recordio.MXIndexedRecordIO(sys.argv[2], sys.argv[1], "r")
+header, _ = mx.recordio.unpack(reader.read_idx(0))
+digests = {}
+for key in range(1, int(header.label[0])):
+    header, image = mx.recordio.unpack(reader.read_idx(key))
+    digests[f"{int(header.label)}/{key}.jpg"] = hashlib.sha256(image).hexdigest()
+print(json.dumps(digests))
+"""
+
+
+def test_extracted_orl_files_equal_what_mxnet_reads(kedro_project, orl_rec):
+    kedro_project.run("extraction", params={"raw_dir": str(orl_rec)})
+
+    mxnet_digests = json.loads(run_mxnet(MXNET_DIGESTS, orl_rec / "train.rec", orl_rec / "train.idx").stdout)
+    written = files_under(kedro_project.data(IMAGES))
+    assert len(mxnet_digests) == 400
+    assert {path: hashlib.sha256(data).hexdigest() for path, data in written.items()} == mxnet_digests
 
 
 def damaged_recordio(folder: Path, orl_rec: Path) -> dict[int, str]:
