@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-$(DEMO_REC): $(VENV)/.installed conf/base/parameters_synthetic.yml
+$(DEMO_REC): $(VENV)/.installed conf/base/parameters_synthetic.yml $(wildcard src/face_pipeline/pipelines/synthetic/*.py)
 	$(KEDRO) run --env demo --pipeline=synthetic
 
 demo: $(DEMO_REC)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from kedro.io import DatasetError
-
 from mxnet_env import run_mxnet
 
 from face_pipeline.pipelines.extraction.nodes import ExtractionError, jpeg_size

@@ -67,7 +67,8 @@ def test_parties_are_disjoint_equal_and_linked_in_place(validated):
     images, partitioned = validated.data(IMAGES), validated.data(PARTITIONED)
     for row in table.itertuples():
         expected = (
-            f"holdout/{row.label}/{row.key}.jpg" if row.party == "holdout"
+            f"holdout/{row.label}/{row.key}.jpg"
+            if row.party == "holdout"
             else f"{row.party}/{row.split}/{row.label}/{row.key}.jpg"
         )
         assert row.dest_path == expected
@@ -89,7 +90,11 @@ def test_parties_are_disjoint_equal_and_linked_in_place(validated):
         assert set(info["labels"]) == classes[party]
     assert summary["parties"]["holdout"]["classes"] == 6 and summary["parties"]["holdout"]["images"] == 60
     assert summary["totals"] == {
-        "classes": 30, "images": 300, "train_images": 192, "test_images": 48, "holdout_images": 60,
+        "classes": 30,
+        "images": 300,
+        "train_images": 192,
+        "test_images": 48,
+        "holdout_images": 60,
     }
 
 

@@ -100,7 +100,11 @@ def test_reports_each_kind_of_bad_file_and_keeps_every_good_one(kedro_project, e
             assert reasons[path].startswith("truncated JPEG: no end-of-image marker")
     assert len(reasons) == 2 + 4 + 10
     assert report["corrupt_by_reason"] == {
-        "not a JPEG": 2, "too small": 1, "truncated JPEG": 6, "undecodable": 1, "zero-byte file": 6,
+        "not a JPEG": 2,
+        "too small": 1,
+        "truncated JPEG": 6,
+        "undecodable": 1,
+        "zero-byte file": 6,
     }
 
     assert report["duplicates"] == [[done["kept_duplicate"], done["dropped_duplicate"]]]
@@ -156,7 +160,10 @@ def test_small_classes_removed_and_duplicates_kept_when_asked(kedro_project, ext
     )
     report = json.loads(kedro_project.data(REPORT).read_text())
     assert report["small_classes_removed"] == {
-        "min_images_per_class": 10, "count": 1, "labels": ["4"], "images": 8,
+        "min_images_per_class": 10,
+        "count": 1,
+        "labels": ["4"],
+        "images": 8,
     }
     assert report["duplicates"] == [["7/71.jpg", "8/9000.jpg"]]
     assert report["duplicates_dropped"] == 0

@@ -83,14 +83,22 @@ def partition_identities(
                 rows.append((int(key), label, party, split, source, dest))
 
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS).astype(
-        {"key": "int64", "label": "string", "party": "string", "split": "string",
-         "source_path": "string", "dest_path": "string"}
+        {
+            "key": "int64",
+            "label": "string",
+            "party": "string",
+            "split": "string",
+            "source_path": "string",
+            "dest_path": "string",
+        }
     )
     files = {dest: images.path(source) for _, _, _, _, source, dest in rows}
     summary = _summary(table, parties, params, len(eligible), len(counts))
     logger.info(
         "Partitioned %d of %d eligible classes (seed %d): %s",
-        needed, len(eligible), seed,
+        needed,
+        len(eligible),
+        seed,
         "; ".join(
             f"{party} {info['classes']} classes / {info['images']} images"
             for party, info in summary["parties"].items()
@@ -120,8 +128,9 @@ def _images_per_class(frame: pd.DataFrame) -> dict:
     return {"min": int(counts.min()), "median": float(counts.median()), "max": int(counts.max())}
 
 
-def _summary(table: pd.DataFrame, parties: dict[str, list[str]], params: dict,
-             eligible: int, classes: int) -> dict:
+def _summary(
+    table: pd.DataFrame, parties: dict[str, list[str]], params: dict, eligible: int, classes: int
+) -> dict:
     summary_parties = {}
     for party, labels in parties.items():
         rows = table[table["party"] == party]

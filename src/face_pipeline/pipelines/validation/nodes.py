@@ -86,8 +86,15 @@ def validate_images(images: ImageFolder, params: dict) -> tuple[pd.DataFrame, di
     small = [label for label in labels_on_disk if 0 < per_class.get(label, 0) < min_per_class]
     manifest = manifest[manifest["label"].isin(per_class.index[per_class >= min_per_class])]
     manifest = manifest.astype(
-        {"key": "int64", "label": "string", "path": "string", "bytes": "int64",
-         "width": "int32", "height": "int32", "sha256": "string"}
+        {
+            "key": "int64",
+            "label": "string",
+            "path": "string",
+            "bytes": "int64",
+            "width": "int32",
+            "height": "int32",
+            "sha256": "string",
+        }
     ).reset_index(drop=True)
 
     seconds = time.perf_counter() - started
@@ -126,10 +133,17 @@ def validate_images(images: ImageFolder, params: dict) -> tuple[pd.DataFrame, di
     logger.info(
         "Validated %d images in %d classes in %.1fs: %d valid, %d corrupt%s, %d duplicates dropped, "
         "%d empty and %d small classes removed; %d images of %d classes kept",
-        len(relative_paths), len(labels_on_disk), seconds, len(good), len(corrupt),
+        len(relative_paths),
+        len(labels_on_disk),
+        seconds,
+        len(good),
+        len(corrupt),
         f" ({reasons})" if reasons else "",
-        report["duplicates_dropped"], len(empty), len(small),
-        len(manifest), report["classes_kept"],
+        report["duplicates_dropped"],
+        len(empty),
+        len(small),
+        len(manifest),
+        report["classes_kept"],
     )
     sample = plot_sample_faces(images, manifest, params)
     histogram = plot_images_per_class(manifest, min_per_class)
@@ -179,8 +193,13 @@ def check_files(root: Path, relative_paths: list[str], workers: int | None = Non
     results: list[tuple] = []
     with (
         ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool,
-        tqdm(total=len(relative_paths), unit="image", desc="validating", mininterval=1.0,
-             disable=len(relative_paths) < 20000) as bar,
+        tqdm(
+            total=len(relative_paths),
+            unit="image",
+            desc="validating",
+            mininterval=1.0,
+            disable=len(relative_paths) < 20000,
+        ) as bar,
     ):
         for part in pool.map(_check_chunk, [root_text] * len(chunks), chunks):
             results.extend(part)
@@ -295,8 +314,9 @@ def plot_images_per_class(manifest: pd.DataFrame, min_per_class: int) -> Figure:
     median = float(np.median(counts))
     axis.axvline(median, color="#dd8452", linestyle="--", label=f"median {median:g}")
     if min_per_class > 1:
-        axis.axvline(min_per_class - 0.5, color="#c44e52", linestyle=":",
-                     label=f"min_images_per_class {min_per_class}")
+        axis.axvline(
+            min_per_class - 0.5, color="#c44e52", linestyle=":", label=f"min_images_per_class {min_per_class}"
+        )
     axis.set_xlabel("images per class")
     axis.set_ylabel("classes")
     axis.set_title(
