@@ -21,11 +21,22 @@ class KedroProject:
 
     def __init__(self, path: Path):
         self.path = path
+        shutil.copytree(REPO / "conf", path / "conf", ignore=shutil.ignore_patterns("local"))
+        (path / "conf" / "local").mkdir()
+        shutil.copy(REPO / "pyproject.toml", path / "pyproject.toml")
+        (path / "src").mkdir()  # bootstrap_project wants it; the package itself is installed
 
-    def run(self, pipeline: str, env: str | None = None, params: dict[str, Any] | None = None) -> dict:
+    def run(
+        self, pipeline: str, env: str | None = None, params: dict[str, Any] | None = None, **options
+    ) -> dict:
+        """``kedro run``; ``options`` are KedroSession.run's, e.g. ``namespaces=["client1"]``.
+
+        Runtime ``params`` must be nested dicts (``{"partition": {"seed": 7}}``): only the
+        CLI turns dotted keys into nested ones.
+        """
         bootstrap_project(self.path)
         with KedroSession.create(project_path=self.path, env=env, runtime_params=params) as session:
-            return session.run(pipeline_names=[pipeline])
+            return session.run(pipeline_names=[pipeline], **options)
 
     def catalog(self, env: str | None = None, params: dict[str, Any] | None = None):
         bootstrap_project(self.path)
@@ -36,15 +47,16 @@ class KedroProject:
         return self.path / "data" / relative
 
 
+@pytest.fixture(autouse=True)
+def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+
+
 @pytest.fixture
 def kedro_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KedroProject:
-    shutil.copytree(REPO / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
-    (tmp_path / "conf" / "local").mkdir()
-    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    (tmp_path / "src").mkdir()  # bootstrap_project wants it; the package itself is installed
+    project = KedroProject(tmp_path)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
-    return KedroProject(tmp_path)
+    return project
 
 
 @pytest.fixture(scope="session")

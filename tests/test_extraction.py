@@ -278,3 +278,25 @@ def test_jpeg_size_reads_the_frame_header(orl_rec):
     assert jpeg_size(image) == (92, 112)
     assert jpeg_size(b"GIF89a....") == (0, 0)
     assert jpeg_size(image[:20]) == (0, 0)
+
+
+def test_extraction_does_not_import_tensorflow(kedro_project, orl_rec):
+    """Kedro imports every pipeline at start-up; only training may pull TensorFlow in."""
+    script = (
+        "import sys\n"
+        "from kedro.framework.startup import bootstrap_project\n"
+        "from kedro.framework.session import KedroSession\n"
+        "bootstrap_project('.')\n"
+        "with KedroSession.create(project_path='.', runtime_params={'raw_dir': sys.argv[1]}) as session:\n"
+        "    session.run(pipeline_names=['extraction'])\n"
+        "print(sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(orl_rec)],
+        cwd=kedro_project.path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert len(list(kedro_project.data(IMAGES).rglob("*.jpg"))) == 400

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from kedro.config import OmegaConfigLoader
 
 from face_pipeline.errors import FacePipelineError
 from face_pipeline.pipelines.partition.nodes import PartitionError
@@ -134,11 +133,12 @@ def test_too_few_classes_is_one_clear_error(validated):
     assert not validated.data(PARTITIONED).exists()
 
 
-def test_demo_parameters_fit_the_demo_data():
-    repo = Path(__file__).resolve().parents[1]
-    base = OmegaConfigLoader(str(repo / "conf"), base_env="base", default_run_env="local")["parameters"]
-    demo = OmegaConfigLoader(str(repo / "conf"), base_env="base", default_run_env="demo")["parameters"]
-    # Kedro replaces the whole top-level key, so the demo file must carry every parameter.
+def test_demo_parameters_fit_the_demo_data(kedro_project):
+    base = kedro_project.catalog().load("parameters")
+    demo = kedro_project.catalog(env="demo", params={"training": {"epochs": 2}}).load("parameters")
+    # The project merges parameters softly: the demo and --params change single keys.
     assert demo["partition"].keys() == base["partition"].keys()
+    assert demo["partition"]["seed"] == base["partition"]["seed"]
+    assert demo["training"]["epochs"] == 2 and demo["training"]["optimizer"] == base["training"]["optimizer"]
     needed = 3 * demo["partition"]["classes_per_party"] + demo["partition"]["holdout_classes"]
     assert needed == 80 <= demo["synthetic"]["classes"]

@@ -6,4 +6,7 @@ CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # An environment (conf/demo) and `--params` change single keys of a parameter group;
+    # Kedro's default ("destructive") would replace the whole group and lose the other keys.
+    "merge_strategy": {"parameters": "soft"},
 }

@@ -15,7 +15,7 @@ import pandas as pd
 
 from face_pipeline.datasets import ImageFolder
 from face_pipeline.errors import FacePipelineError
-from face_pipeline.pipelines.validation.nodes import natural_key
+from face_pipeline.labels import natural_key
 
 logger = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from face_pipeline.datasets import ImageFolder
+from face_pipeline.labels import natural_key
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +149,6 @@ def validate_images(images: ImageFolder, params: dict) -> tuple[pd.DataFrame, di
     sample = plot_sample_faces(images, manifest, params)
     histogram = plot_images_per_class(manifest, min_per_class)
     return manifest, report, sample, histogram
-
-
-def natural_key(label: str) -> tuple:
-    """Sort class labels as numbers where they are numbers: '2' before '10'."""
-    return (0, int(label), "") if label.isdigit() else (1, 0, label)
 
 
 def _label_and_key(relative: str) -> tuple[str, int, str | None]:

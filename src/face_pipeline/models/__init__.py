@@ -1,0 +1,1 @@
+"""Keras 3 face models: SE and ECA attention, the ArcFace head and loss, and the model builders."""

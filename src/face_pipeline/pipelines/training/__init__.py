@@ -1,0 +1,5 @@
+"""training pipeline."""
+
+from face_pipeline.pipelines.training.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]
