@@ -93,6 +93,7 @@ def train_party(
         validation_data=test_data,
         epochs=params["epochs"],
         initial_epoch=first_epoch,
+        shuffle=False,  # face_dataset shuffles; Keras cannot shuffle a tf.data pipeline
         verbose=0,
         callbacks=[EpochLog(party, len(train_paths)), Checkpoint(checkpoint, class_names, history)],
     )
