@@ -29,6 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from conftest import KedroProject  # noqa: E402
 from mxnet_env import mxnet_python  # noqa: E402
 
 from face_pipeline.recordio import RecordIOReader, write_insightface  # noqa: E402
@@ -114,15 +115,6 @@ def timed(command: list[str], cwd: Path, env: dict | None = None) -> float:
     return time.perf_counter() - started
 
 
-def kedro_project(where: Path) -> Path:
-    """The project's conf in a scratch folder, as the tests do, so ``data/`` is scratch too."""
-    shutil.copytree(REPO / "conf", where / "conf", ignore=shutil.ignore_patterns("local"))
-    (where / "conf" / "local").mkdir()
-    (where / "src").mkdir()
-    shutil.copy(REPO / "pyproject.toml", where)
-    return where
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -157,7 +149,7 @@ def main() -> None:
     kedro = str(Path(sys.executable).parent / "kedro")
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
     with tempfile.TemporaryDirectory(dir=REPO / "benchmarks" / ".cache") as scratch:
-        project = kedro_project(Path(scratch) / "project")
+        project = KedroProject(Path(scratch) / "project").path
         out = Path(scratch) / "mxnet-out"
         extracted = project / "data" / "02_intermediate" / "casia-images"
         ours, theirs = [], []
