@@ -25,7 +25,7 @@ def party_params(training: dict, party: str, overrides: dict | None) -> dict:
     unknown = set(overrides or {}) - set(training)
     if unknown:
         raise TrainingError(f"{party}.overrides: unknown training parameters {sorted(unknown)}")
-    return {**training, **(overrides or {}), "party": party}
+    return {**training, **(overrides or {})}
 
 
 def train_party(
@@ -113,7 +113,7 @@ def train_party(
         "epochs": params["epochs"],
         "train_seconds": round(seconds, 1),
         "class_names": class_names,
-        "params": {k: v for k, v in params.items() if k != "party"},
+        "params": params,
     }
     logger.info("%s: closed-set top-1 %.3f on %d held-out images", party, accuracy, len(test_paths))
     return model, history, plot_training_curves(history, party), metrics
