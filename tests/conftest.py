@@ -15,6 +15,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 ORL_REC = SHARED_DATA / "orl_rec"
 ORL_FACES = SHARED_DATA / "orl_faces"
 
+# A one-block-per-stage SE-ECA ResNet: trains the demo's parties in seconds.
+TINY = {
+    "backbone": {"stages": [1, 1, 1, 1], "widths": [16, 32, 64, 128], "stem_width": 16},
+    "embedding_size": 64,
+    "batch_size": 16,
+}
+
 
 class KedroProject:
     """The project's conf in a temporary folder, so each test gets its own ``data/``."""
@@ -69,3 +76,14 @@ def orl_rec() -> Path:
 def orl_faces() -> Path:
     assert ORL_FACES.is_dir(), f"real faces missing: {ORL_FACES} (../shared/data)"
     return ORL_FACES
+
+
+@pytest.fixture(scope="module")
+def demo_party_folders(tmp_path_factory) -> KedroProject:
+    """Generated demo faces, extracted, validated and partitioned once per test module."""
+    project = KedroProject(tmp_path_factory.mktemp("demo"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project.path)
+        for pipeline in ("synthetic", "extraction", "validation", "partition"):
+            project.run(pipeline, env="demo")
+    return project

@@ -8,28 +8,11 @@ from pathlib import Path
 
 import keras
 import pytest
-from conftest import KedroProject
+from conftest import TINY, KedroProject
 
 from face_pipeline.errors import TrainingError
 from face_pipeline.models.builders import ModelConfigError
 from face_pipeline.models.inputs import NoImagesError
-
-TINY = {
-    "backbone": {"stages": [1, 1, 1, 1], "widths": [16, 32, 64, 128], "stem_width": 16},
-    "embedding_size": 64,
-    "batch_size": 16,
-}
-
-
-@pytest.fixture(scope="module")
-def demo_party_folders(tmp_path_factory) -> KedroProject:
-    """Generated demo faces, extracted, validated and partitioned once for this module."""
-    project = KedroProject(tmp_path_factory.mktemp("demo"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(project.path)
-        for pipeline in ("synthetic", "extraction", "validation", "partition"):
-            project.run(pipeline, env="demo")
-    return project
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import tensorflow as tf
@@ -16,19 +18,66 @@ class NoImagesError(FacePipelineError):
     """A folder that should hold class folders of faces holds none."""
 
 
-def list_class_folders(folder: Path) -> tuple[list[str], list[int], list[str]]:
-    """``(image paths, class index of each, class names)`` of ``folder/<class>/*.jpg``."""
-    if not folder.is_dir():
-        raise NoImagesError(f"{folder}: no such folder; run the partition pipeline first")
-    class_names = sorted((entry.name for entry in folder.iterdir() if entry.is_dir()), key=natural_key)
+def list_class_folders(*folders: Path) -> tuple[list[str], list[int], list[str]]:
+    """``(image paths, class index of each, class names)`` of ``folder/<class>/*.jpg``.
+
+    Several folders pool their classes (the centralized baseline pools the parties'),
+    so a class name may appear in one of them only.
+    """
+    class_folders: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise NoImagesError(f"{folder}: no such folder; run the partition pipeline first")
+        for entry in folder.iterdir():
+            if not entry.is_dir():
+                continue
+            if entry.name in class_folders:
+                raise NoImagesError(f"class {entry.name} is in both {class_folders[entry.name]} and {entry}")
+            class_folders[entry.name] = entry
+    class_names = sorted(class_folders, key=natural_key)
     paths, labels = [], []
     for index, name in enumerate(class_names):
-        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in class_folders[name].iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         paths += [str(p) for p in files]
         labels += [index] * len(files)
     if not paths:
-        raise NoImagesError(f"{folder}: no images in <class>/*.jpg folders")
+        raise NoImagesError(f"{', '.join(map(str, folders))}: no images in <class>/*.jpg folders")
     return paths, labels, class_names
+
+
+@dataclass(frozen=True)
+class FaceSplits:
+    """A party's (or several parties' pooled) training and held-out faces, ready for Keras."""
+
+    train: tf.data.Dataset
+    test: tf.data.Dataset
+    class_names: list[str]
+    train_images: int
+    test_images: int
+
+
+def load_face_splits(party_folders: Sequence[Path], params: dict) -> FaceSplits:
+    """``<party>/train`` and ``<party>/test`` of each folder, with the same classes in both."""
+    train_paths, train_labels, class_names = list_class_folders(*(f / "train" for f in party_folders))
+    test_paths, test_labels, test_classes = list_class_folders(*(f / "test" for f in party_folders))
+    if test_classes != class_names:
+        raise NoImagesError(
+            f"{', '.join(map(str, party_folders))}: train/ and test/ hold different classes; "
+            "rerun the partition pipeline"
+        )
+    options = {
+        "img_size": params["img_size"],
+        "batch_size": params["batch_size"],
+        "seed": params["seed"],
+        "cache": params["cache"],
+    }
+    return FaceSplits(
+        train=face_dataset(train_paths, train_labels, training=True, **options),
+        test=face_dataset(test_paths, test_labels, training=False, **options),
+        class_names=class_names,
+        train_images=len(train_paths),
+        test_images=len(test_paths),
+    )
 
 
 def normalize(image):

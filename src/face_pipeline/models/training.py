@@ -10,10 +10,91 @@ from pathlib import Path
 import keras
 
 from face_pipeline.errors import TrainingError
-from face_pipeline.models.builders import CLASS_HEAD_LAYER
+from face_pipeline.models.builders import CLASS_HEAD_LAYER, build_face_model
+from face_pipeline.models.inputs import FaceSplits
 from face_pipeline.models.layers import ArcFaceLoss
 
 logger = logging.getLogger(__name__)
+
+
+def build_model(params: dict, num_classes: int) -> keras.Model:
+    """The face model that the ``training`` parameters describe."""
+    return build_face_model(
+        num_classes,
+        architecture=params["architecture"],
+        attention=params["attention"],
+        img_size=params["img_size"],
+        loss=params["loss"],
+        embedding_size=params["embedding_size"],
+        dropout=params["dropout"],
+        precision=params["precision"],
+        backbone=params["backbone"],
+    )
+
+
+def fit_face_model(
+    name: str, splits: FaceSplits, params: dict, checkpoint: Path
+) -> tuple[keras.Model, dict, dict]:
+    """Train a new model (or resume its checkpoint) on ``splits``; the model, its history and metrics.
+
+    ``name`` is the party (or ``centralized``) in logs and metrics.
+    """
+    model, history, first_epoch = (
+        resume_from_checkpoint(checkpoint, splits.class_names) if params["resume"] else (None, {}, 0)
+    )
+    if model is None:
+        model = build_model(params, len(splits.class_names))
+        compile_model(model, params, steps_per_epoch=-(-splits.train_images // params["batch_size"]))
+    logger.info(
+        "%s: training %s (%s parameters) on %d images of %d classes, %d held out, for %d epochs",
+        name,
+        model.name,
+        f"{model.count_params():,}",
+        splits.train_images,
+        len(splits.class_names),
+        splits.test_images,
+        params["epochs"],
+    )
+    started = time.perf_counter()
+    fit = model.fit(
+        splits.train,
+        validation_data=splits.test,
+        epochs=params["epochs"],
+        initial_epoch=first_epoch,
+        shuffle=False,  # face_dataset shuffles; Keras cannot shuffle a tf.data pipeline
+        verbose=0,
+        callbacks=[
+            EpochLog(name, splits.train_images),
+            Checkpoint(checkpoint, splits.class_names, history),
+        ],
+    )
+    seconds = time.perf_counter() - started
+    for key, values in fit.history.items():
+        history.setdefault(key, []).extend(float(v) for v in values)
+    metrics = {
+        **closed_set_metrics(model, splits, name),
+        "epochs": params["epochs"],
+        "train_seconds": round(seconds, 1),
+        "class_names": splits.class_names,
+        "params": params,
+    }
+    return model, history, metrics
+
+
+def closed_set_metrics(model: keras.Model, splits: FaceSplits, name: str) -> dict:
+    """Top-1 of the model's class head on the held-out images of the classes it was trained on."""
+    loss, accuracy = model.evaluate(splits.test, verbose=0)
+    logger.info("%s: closed-set top-1 %.3f on %d held-out images", name, accuracy, splits.test_images)
+    return {
+        "party": name,
+        "architecture": model.name,
+        "closed_set_top1": float(accuracy),
+        "test_loss": float(loss),
+        "test_images": splits.test_images,
+        "train_images": splits.train_images,
+        "classes": len(splits.class_names),
+        "chance": 1 / len(splits.class_names),
+    }
 
 
 def compile_model(model, params: dict, steps_per_epoch: int) -> None:

@@ -7,8 +7,6 @@ pay the seconds that importing TensorFlow takes.
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +14,6 @@ from matplotlib.figure import Figure
 
 from face_pipeline.datasets import ImageFolder
 from face_pipeline.errors import TrainingError
-
-logger = logging.getLogger(__name__)
 
 
 def party_params(training: dict, party: str, overrides: dict | None) -> dict:
@@ -38,84 +34,13 @@ def train_party(
     """
     import keras
 
-    from face_pipeline.models.builders import build_face_model
-    from face_pipeline.models.inputs import face_dataset, list_class_folders
-    from face_pipeline.models.training import Checkpoint, EpochLog, compile_model, resume_from_checkpoint
+    from face_pipeline.models.inputs import load_face_splits
+    from face_pipeline.models.training import fit_face_model
 
     params = party_params(training, party, overrides)
-    folder = partitioned.path(party)
-    train_paths, train_labels, class_names = list_class_folders(folder / "train")
-    test_paths, test_labels, test_classes = list_class_folders(folder / "test")
-    if test_classes != class_names:
-        raise TrainingError(
-            f"{folder}: train/ and test/ hold different classes; rerun the partition pipeline"
-        )
     keras.utils.set_random_seed(params["seed"])
-    data = {
-        "img_size": params["img_size"],
-        "batch_size": params["batch_size"],
-        "seed": params["seed"],
-        "cache": params["cache"],
-    }
-    train_data = face_dataset(train_paths, train_labels, training=True, **data)
-    test_data = face_dataset(test_paths, test_labels, training=False, **data)
-
-    checkpoint = Path(params["checkpoint_dir"]) / party
-    model, history, first_epoch = (
-        resume_from_checkpoint(checkpoint, class_names) if params["resume"] else (None, {}, 0)
-    )
-    if model is None:
-        model = build_face_model(
-            len(class_names),
-            architecture=params["architecture"],
-            attention=params["attention"],
-            img_size=params["img_size"],
-            loss=params["loss"],
-            embedding_size=params["embedding_size"],
-            dropout=params["dropout"],
-            precision=params["precision"],
-            backbone=params["backbone"],
-        )
-        compile_model(model, params, steps_per_epoch=-(-len(train_paths) // params["batch_size"]))
-    logger.info(
-        "%s: training %s (%s parameters) on %d images of %d classes, %d held out, for %d epochs",
-        party,
-        model.name,
-        f"{model.count_params():,}",
-        len(train_paths),
-        len(class_names),
-        len(test_paths),
-        params["epochs"],
-    )
-    started = time.perf_counter()
-    fit = model.fit(
-        train_data,
-        validation_data=test_data,
-        epochs=params["epochs"],
-        initial_epoch=first_epoch,
-        shuffle=False,  # face_dataset shuffles; Keras cannot shuffle a tf.data pipeline
-        verbose=0,
-        callbacks=[EpochLog(party, len(train_paths)), Checkpoint(checkpoint, class_names, history)],
-    )
-    seconds = time.perf_counter() - started
-    for name, values in fit.history.items():
-        history.setdefault(name, []).extend(float(v) for v in values)
-    loss, accuracy = model.evaluate(test_data, verbose=0)
-    metrics = {
-        "party": party,
-        "architecture": model.name,
-        "closed_set_top1": float(accuracy),
-        "test_loss": float(loss),
-        "test_images": len(test_paths),
-        "train_images": len(train_paths),
-        "classes": len(class_names),
-        "chance": 1 / len(class_names),
-        "epochs": params["epochs"],
-        "train_seconds": round(seconds, 1),
-        "class_names": class_names,
-        "params": params,
-    }
-    logger.info("%s: closed-set top-1 %.3f on %d held-out images", party, accuracy, len(test_paths))
+    splits = load_face_splits([partitioned.path(party)], params)
+    model, history, metrics = fit_face_model(party, splits, params, Path(params["checkpoint_dir"]) / party)
     return model, history, plot_training_curves(history, party), metrics
 
 
