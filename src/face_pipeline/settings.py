@@ -2,6 +2,8 @@
 
 from kedro.config import OmegaConfigLoader
 
+from face_pipeline.hooks import RegisterKerasLayers
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
@@ -10,3 +12,5 @@ CONFIG_LOADER_ARGS = {
     # Kedro's default ("destructive") would replace the whole group and lose the other keys.
     "merge_strategy": {"parameters": "soft"},
 }
+
+HOOKS = (RegisterKerasLayers(),)
