@@ -2,7 +2,7 @@
 
 from kedro.config import OmegaConfigLoader
 
-from face_pipeline.hooks import RegisterKerasLayers
+from face_pipeline.hooks import KerasModelInputs
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -13,4 +13,8 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft"},
 }
 
-HOOKS = (RegisterKerasLayers(),)
+HOOKS = (KerasModelInputs(),)
+
+# No network at run time. kedro-telemetry's opt-out (KEDRO_DISABLE_TELEMETRY, .telemetry) is read
+# only by CLI commands; a KedroSession made in code (tests, notebooks) would still try to send.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",)
