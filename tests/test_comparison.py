@@ -39,3 +39,10 @@ def test_two_architectures_run_the_whole_protocol_into_one_table(demo_party_fold
     assert "| se_eca_resnet50 |" in report and "| mobilenetv2 |" in report
     saved = json.loads(project.data("08_reporting/architecture_comparison.json").read_text())
     assert saved["claim"] == comparison["claim"]
+
+    # A second call finds both runs finished with the same parameters and only rewrites the table.
+    model = project.path / "data/09_architectures/mobilenetv2/data/06_models/federated/global_model.keras"
+    written = model.stat().st_mtime_ns
+    again = compare_architectures(project.path, "demo", params)
+    assert model.stat().st_mtime_ns == written
+    assert again["architectures"] == comparison["architectures"]

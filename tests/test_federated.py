@@ -206,6 +206,13 @@ def test_zero_rounds_is_refused(demo):
         demo.run("aggregation", env="demo", params={**PARAMS, "aggregation": {"rounds": 0}})
 
 
+def test_an_unknown_batch_norm_mode_names_the_choices(demo):
+    with pytest.raises(
+        FacePipelineError, match=r"aggregation.batch_norm is 'fedbn': choose one of shared, local"
+    ):
+        demo.run("aggregation", env="demo", params={**PARAMS, "aggregation": {"batch_norm": "fedbn"}})
+
+
 def test_a_server_model_built_with_other_parameters_names_the_layer(demo):
     params = {**PARAMS, "training": {**PARAMS["training"], "embedding_size": 32}}
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ logger = logging.getLogger(__name__)
 PROTOCOL = ("training", "aggregation", "evaluation")
 RUNS_FOLDER = Path("data/09_architectures")
 REPORT = Path("data/08_reporting/architecture_comparison")
+FINISHED = "comparison_run.json"  # the parameters and wall time of a finished run, written at its end
 
 
 def deep_merge(base: dict, changes: dict) -> dict:
@@ -62,17 +65,44 @@ def prepare_run_folder(project: Path, run_folder: Path) -> None:
 
 
 def run_protocol(run_folder: Path, env: str | None, params: dict) -> float:
-    """Train the parties, run the federated rounds and the baseline, evaluate; the wall seconds."""
+    """Train the parties, run the federated rounds and the baseline, evaluate; the wall seconds.
+
+    Each pipeline runs in a process of its own: TensorFlow keeps every model it has
+    built until the process ends, and the first architecture's full-size ResNets
+    alone took 17 GiB when all ran in one process.
+    """
     started = time.perf_counter()
-    bootstrap_project(run_folder)
     for pipeline in PROTOCOL:
-        with KedroSession.create(project_path=run_folder, env=env, runtime_params=params) as session:
-            session.run(pipeline_names=[pipeline])
+        command = [sys.executable, "-m", __name__, str(run_folder), env or "", json.dumps(params), pipeline]
+        if subprocess.run(command, check=False).returncode != 0:
+            raise FacePipelineError(
+                f"{run_folder}: `kedro run --pipeline={pipeline}` failed for this architecture; "
+                "its log is above"
+            )
     return time.perf_counter() - started
 
 
+def run_pipeline(run_folder: Path, env: str | None, params: dict, pipeline: str) -> None:
+    bootstrap_project(run_folder)
+    with KedroSession.create(project_path=run_folder, env=env, runtime_params=params) as session:
+        session.run(pipeline_names=[pipeline])
+
+
+def previous_run(run_folder: Path, resolved: dict) -> dict | None:
+    """The record of a finished run in this folder with exactly these parameters, if there is one."""
+    marker = run_folder / FINISHED
+    if not marker.is_file():
+        return None
+    record = json.loads(marker.read_text())
+    return record if record["params"] == json.loads(json.dumps(resolved)) else None
+
+
 def compare_architectures(project: Path, env: str | None, runtime_params: dict[str, Any]) -> dict:
-    """Run the protocol for each of ``comparison.architectures``; write and return the table."""
+    """Run the protocol for each of ``comparison.architectures``; write and return the table.
+
+    An architecture whose folder holds a finished run with the same parameters is
+    not run again, so an interrupted comparison resumes where it stopped.
+    """
     settings = project_params(project, env, runtime_params)["comparison"]
     results = {}
     for architecture in settings["architectures"]:
@@ -81,10 +111,17 @@ def compare_architectures(project: Path, env: str | None, runtime_params: dict[s
         params = deep_merge(
             runtime_params, {"training": {**settings["training"], "architecture": architecture}}
         )
-        logger.info("Comparing architectures: %s in %s", architecture, run_folder)
-        seconds = run_protocol(run_folder, env, params)
+        resolved = project_params(run_folder, env, params)
+        record = previous_run(run_folder, resolved)
+        if record:
+            logger.info("Comparing architectures: %s already ran with these parameters", architecture)
+        else:
+            logger.info("Comparing architectures: %s in %s", architecture, run_folder)
+            (run_folder / FINISHED).unlink(missing_ok=True)
+            record = {"params": resolved, "wall_seconds": run_protocol(run_folder, env, params)}
+            (run_folder / FINISHED).write_text(json.dumps(record))
         metrics = json.loads((run_folder / "data/08_reporting/evaluation_metrics.json").read_text())
-        results[architecture] = architecture_row(architecture, metrics, run_folder, seconds)
+        results[architecture] = architecture_row(architecture, metrics, run_folder, record["wall_seconds"])
     bootstrap_project(project)
     comparison = {"settings": settings, "architectures": results, "claim": check_claim(results)}
     (project / REPORT).parent.mkdir(parents=True, exist_ok=True)
@@ -168,3 +205,8 @@ def comparison_markdown(comparison: dict) -> str:
         )
     lines += ["", f'Claim "SE-ECA clearly beats MobileNetV2": {comparison["claim"]}.', ""]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # one pipeline of one architecture, in its own process (see run_protocol)
+    folder, environment, runtime, name = sys.argv[1:]
+    run_pipeline(Path(folder), environment or None, json.loads(runtime), name)

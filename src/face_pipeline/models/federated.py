@@ -30,7 +30,7 @@ from face_pipeline.models.training import EpochLog, build_model, closed_set_metr
 logger = logging.getLogger(__name__)
 
 Weights = dict[str, np.ndarray]
-BATCH_NORM_MODES = ("shared", "local")
+BATCH_NORM_MODES = ("shared", "local")  # also checked up front by the aggregation pipeline
 
 
 class AggregationError(FacePipelineError):

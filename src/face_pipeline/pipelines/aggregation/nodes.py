@@ -23,6 +23,7 @@ from face_pipeline.errors import FacePipelineError
 logger = logging.getLogger(__name__)
 
 WEIGHTINGS = ("images", "equal")
+BATCH_NORM_MODES = ("shared", "local")  # as models.federated, which this module must not import early
 
 
 def check_aggregation_params(aggregation: dict) -> None:
@@ -36,10 +37,11 @@ def check_aggregation_params(aggregation: dict) -> None:
         raise FacePipelineError(f"aggregation.local_epochs is {aggregation['local_epochs']!r}: at least 1")
     if not aggregation["parties"]:
         raise FacePipelineError("aggregation.parties is empty: name at least one party folder")
-    if aggregation["weighting"] not in WEIGHTINGS:
-        raise FacePipelineError(
-            f"aggregation.weighting is {aggregation['weighting']!r}: choose one of {', '.join(WEIGHTINGS)}"
-        )
+    for key, choices in (("batch_norm", BATCH_NORM_MODES), ("weighting", WEIGHTINGS)):
+        if aggregation[key] not in choices:
+            raise FacePipelineError(
+                f"aggregation.{key} is {aggregation[key]!r}: choose one of {', '.join(choices)}"
+            )
 
 
 def run_federated_rounds(
