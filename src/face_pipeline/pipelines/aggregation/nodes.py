@@ -69,8 +69,8 @@ def run_federated_rounds(
     check_aggregation_params(aggregation)
     # The server's model must be what the training parameters build, or its weights mean nothing here.
     server_classes = server_model.get_layer(CLASS_HEAD_LAYER).output.shape[-1]
-    assign_weights(build_model(training, server_classes), shared_weights(server_model), "server.party_model")
     global_weights = shared_weights(server_model)
+    assign_weights(build_model(training, server_classes), global_weights, "server.party_model")
     kept = {"server": kept_weights(server_model)}
     classes = {"server": server_classes}
     rounds = {"round_00": functools.partial(global_embedding_model, training, global_weights)}
