@@ -87,3 +87,27 @@ def demo_party_folders(tmp_path_factory) -> KedroProject:
         for pipeline in ("synthetic", "extraction", "validation", "partition"):
             project.run(pipeline, env="demo")
     return project
+
+
+# `make demo` in minutes: a tiny SE-ECA ResNet, fewer epochs and rounds.
+QUICK_DEMO = {
+    "training": {**TINY, "epochs": 10},
+    "aggregation": {"rounds": 2, "local_epochs": 2},
+    "attention": {"samples_per_party": 3, "channel_images": 16},
+}
+
+
+@pytest.fixture(scope="session")
+def demo_outputs(tmp_path_factory) -> KedroProject:
+    """``kedro run --env demo`` (every pipeline of ``__default__``) once per test session.
+
+    What the notebook, kedro-viz and end-to-end tests read: a project whose ``data/``
+    holds every artifact, from the raw demo RecordIO to the attention maps.
+    """
+    project = KedroProject(tmp_path_factory.mktemp("demo_outputs"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project.path)
+        patch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
+        project.run("synthetic", env="demo")
+        project.run("__default__", env="demo", params=QUICK_DEMO)
+    return project

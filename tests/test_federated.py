@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY, KedroProject
+from conftest import QUICK_DEMO, TINY, KedroProject
 
 from face_pipeline.datasets import ImageFolder
 from face_pipeline.errors import FacePipelineError
@@ -25,8 +25,7 @@ from face_pipeline.models.federated import (
 from face_pipeline.pipelines.evaluation.nodes import make_verification_pairs
 from face_pipeline.verification import VerificationError
 
-ROUNDS = {"rounds": 2, "local_epochs": 2}
-PARAMS = {"training": {**TINY, "epochs": 10}, "aggregation": ROUNDS}
+PARAMS = QUICK_DEMO  # what the demo_outputs fixture ran with
 MODELS = ("federated", "centralized", "server", "client1", "client2")
 
 
@@ -102,14 +101,9 @@ def test_weights_that_do_not_fit_the_model_name_the_layer():
 
 
 @pytest.fixture(scope="module")
-def federated_demo(demo_party_folders: KedroProject) -> KedroProject:
-    """The demo's three parties trained, two federated rounds, the baseline, and the evaluation."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(demo_party_folders.path)
-        demo_party_folders.run("training", env="demo", params=PARAMS)
-        demo_party_folders.run("aggregation", env="demo", params=PARAMS)
-        demo_party_folders.run("evaluation", env="demo", params=PARAMS)
-    return demo_party_folders
+def federated_demo(demo_outputs: KedroProject) -> KedroProject:
+    """The whole demo run: three parties trained, two federated rounds, the baseline, the evaluation."""
+    return demo_outputs
 
 
 @pytest.fixture
