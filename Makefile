@@ -4,12 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 KEDRO := $(BIN)/kedro
 DEMO_REC := data/01_raw/demo-webface/train.rec
+# Debian's Chromium, which tests/test_viz.py drives with Playwright (Playwright's own browsers are never downloaded).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
 # No network at run time, so no telemetry either.
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test lint benchmark clean-data
+.PHONY: venv demo test lint browser benchmark clean-data
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +32,12 @@ demo: $(DEMO_REC)
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 
-test: lint
+# Installs Chromium only where it is missing; `apt-get update` only if the install fails without it.
+browser:
+	@test -x $(CHROMIUM) || $(APT_INSTALL) || { $(SUDO) apt-get update && $(APT_INSTALL); }
+	@test -x $(CHROMIUM) || { echo "$(CHROMIUM) still missing after installing chromium" >&2; exit 1; }
+
+test: lint browser
 	$(BIN)/pytest
 
 benchmark: venv
