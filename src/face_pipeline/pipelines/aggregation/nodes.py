@@ -2,8 +2,10 @@
 
 Round 0 is the server's model from the ``training`` pipeline; rounds 1..R run
 :func:`face_pipeline.models.federated.train_party_round` for every party and
-average what they send back. TensorFlow is imported inside the nodes (see the
-training nodes for why).
+average what they send back: in this process one party after another
+(``engine: local``), or through Flower's simulation (``engine: flower``,
+:mod:`face_pipeline.flower`), whose ClientApps call the same function. TensorFlow
+is imported inside the nodes (see the training nodes for why).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from matplotlib.figure import Figure
 
 from face_pipeline.datasets import ImageFolder
 from face_pipeline.errors import FacePipelineError
+from face_pipeline.flower.settings import ENGINES, flower_settings
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,23 @@ def check_aggregation_params(aggregation: dict) -> None:
             raise FacePipelineError(
                 f"aggregation.{key} is {aggregation[key]!r}: choose one of {', '.join(choices)}"
             )
+    engine = aggregation.get("engine", "local")
+    if engine not in ENGINES:
+        raise FacePipelineError(f"aggregation.engine is {engine!r}: choose one of {', '.join(ENGINES)}")
+    flower_settings(aggregation)  # checked whichever the engine, so a switch to flower does not fail late
+
+
+def round_zero(server_model: Any, training: dict) -> tuple[dict, dict, int]:
+    """The server's model as round 0: the global shared weights, its own layers, its number of classes."""
+    from face_pipeline.models.builders import CLASS_HEAD_LAYER
+    from face_pipeline.models.federated import assign_weights, kept_weights, shared_weights
+    from face_pipeline.models.training import build_model
+
+    # The server's model must be what the training parameters build, or its weights mean nothing here.
+    server_classes = server_model.get_layer(CLASS_HEAD_LAYER).output.shape[-1]
+    global_weights = shared_weights(server_model)
+    assign_weights(build_model(training, server_classes), global_weights, "server.party_model")
+    return global_weights, kept_weights(server_model), server_classes
 
 
 def run_federated_rounds(
@@ -52,28 +72,71 @@ def run_federated_rounds(
     Returns the final global model (the shared layers, ending at the embedding),
     every round's global model, each party's final model (global layers with its
     own head), the round history, one row of metrics per round and party, and a plot.
+    ``aggregation.engine`` says who runs the rounds; the outputs are the same.
     """
-    from face_pipeline.models.builders import CLASS_HEAD_LAYER
-    from face_pipeline.models.federated import (
-        assign_weights,
-        federated_average,
-        global_embedding_model,
-        kept_weights,
-        model_with_weights,
-        shared_weights,
-        train_party_round,
-        weights_to_restore,
-    )
-    from face_pipeline.models.training import build_model
+    from face_pipeline.models.federated import global_embedding_model, model_with_weights, weights_to_restore
 
     check_aggregation_params(aggregation)
-    # The server's model must be what the training parameters build, or its weights mean nothing here.
-    server_classes = server_model.get_layer(CLASS_HEAD_LAYER).output.shape[-1]
-    global_weights = shared_weights(server_model)
-    assign_weights(build_model(training, server_classes), global_weights, "server.party_model")
-    kept = {"server": kept_weights(server_model)}
+    global_weights, server_kept, server_classes = round_zero(server_model, training)
+    kept = {"server": server_kept}
     classes = {"server": server_classes}
-    rounds = {"round_00": functools.partial(global_embedding_model, training, global_weights)}
+    if aggregation.get("engine", "local") == "flower":
+        from face_pipeline.flower.simulation import simulate_rounds
+
+        folders = {party: partitioned.path(party) for party in aggregation["parties"]}
+        result = simulate_rounds(folders, training, aggregation, global_weights, dict(kept))
+        round_weights, history = result.round_weights, result.history
+        kept.update(result.kept)
+        classes.update(result.classes)
+    else:
+        round_weights, history = _local_rounds(
+            partitioned, training, aggregation, global_weights, kept=kept, classes=classes
+        )
+    global_weights = round_weights[-1]
+    rounds = {
+        f"round_{number:02d}": functools.partial(global_embedding_model, training, weights)
+        for number, weights in enumerate(round_weights)
+    }
+    party_models = {
+        party: functools.partial(
+            model_with_weights,
+            training,
+            global_weights,
+            weights_to_restore(kept[party], aggregation["batch_norm"]),
+            classes[party],
+        )
+        for party in aggregation["parties"]
+        if party in kept
+    }
+    table = round_metrics_table(history)
+    summary = {"params": aggregation, "training": training, "rounds": history}
+    return (
+        global_embedding_model(training, global_weights),
+        rounds,
+        party_models,
+        summary,
+        table,
+        plot_rounds(table),
+    )
+
+
+def _local_rounds(
+    partitioned: ImageFolder,
+    training: dict,
+    aggregation: dict,
+    global_weights: dict,
+    *,
+    kept: dict,
+    classes: dict,
+) -> tuple[list[dict], list[dict]]:
+    """``engine: local``: every party's round in this process, in the configured order.
+
+    Updates ``kept`` and ``classes`` per party; returns every round's global weights
+    (round 0 first) and the history.
+    """
+    from face_pipeline.models.federated import federated_average, train_party_round
+
+    round_weights = [global_weights]
     history: list[dict] = []
     for round_number in range(1, aggregation["rounds"] + 1):
         started = time.perf_counter()
@@ -96,9 +159,7 @@ def run_federated_rounds(
                 for u in updates
             ]
         )
-        rounds[f"round_{round_number:02d}"] = functools.partial(
-            global_embedding_model, training, global_weights
-        )
+        round_weights.append(global_weights)
         history.append(
             {
                 "round": round_number,
@@ -113,26 +174,7 @@ def run_federated_rounds(
             history[-1]["seconds"],
             ", ".join(f"{u.party} {u.metrics['closed_set_top1']:.3f}" for u in updates),
         )
-    party_models = {
-        party: functools.partial(
-            model_with_weights,
-            training,
-            global_weights,
-            weights_to_restore(kept[party], aggregation["batch_norm"]),
-            classes[party],
-        )
-        for party in aggregation["parties"]
-    }
-    table = round_metrics_table(history)
-    summary = {"params": aggregation, "training": training, "rounds": history}
-    return (
-        global_embedding_model(training, global_weights),
-        rounds,
-        party_models,
-        summary,
-        table,
-        plot_rounds(table),
-    )
+    return round_weights, history
 
 
 def round_metrics_table(history: list[dict]) -> pd.DataFrame:
