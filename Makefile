@@ -37,8 +37,10 @@ browser:
 	@test -x $(CHROMIUM) || $(APT_INSTALL) || { $(SUDO) apt-get update && $(APT_INSTALL); }
 	@test -x $(CHROMIUM) || { echo "$(CHROMIUM) still missing after installing chromium" >&2; exit 1; }
 
+# Two workers: much of a test's time is TensorFlow tracing models on one core. tests/conftest.py
+# keeps the tests that share an expensive fixture on the same worker.
 test: lint browser
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 benchmark: venv
 	$(BIN)/python benchmarks/extraction.py

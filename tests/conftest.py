@@ -54,6 +54,24 @@ class KedroProject:
         return self.path / "data" / relative
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]):
+    """Keep what shares expensive fixtures on one worker under ``make test``'s two pytest-xdist workers.
+
+    ``--dist loadgroup`` sends each group to one worker: every test that reads the one demo run
+    (``demo_outputs``) together, and otherwise each module's tests together, so module fixtures
+    (a trained demo, a Flower deployment, a kedro-viz server) are built once. A wrapper, because
+    xdist reads the groups in its own hook of the same name.
+    """
+    for item in items:
+        if any(item.iter_markers("xdist_group")):
+            continue
+        fixtures = getattr(item, "fixturenames", ())
+        group = "demo_outputs" if "demo_outputs" in fixtures else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+    return (yield)
+
+
 @pytest.fixture(autouse=True)
 def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "true")
