@@ -38,9 +38,10 @@ browser:
 	@test -x $(CHROMIUM) || { echo "$(CHROMIUM) still missing after installing chromium" >&2; exit 1; }
 
 # Two workers: much of a test's time is TensorFlow tracing models on one core. tests/conftest.py
-# keeps the tests that share an expensive fixture on the same worker.
+# keeps the tests that share an expensive fixture on the same worker and orders the groups,
+# which --no-loadscope-reorder keeps (xdist would otherwise start the groups with most tests).
 test: lint browser
-	$(BIN)/pytest -n 2 --dist loadgroup
+	$(BIN)/pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 benchmark: venv
 	$(BIN)/python benchmarks/extraction.py

@@ -54,6 +54,12 @@ class KedroProject:
         return self.path / "data" / relative
 
 
+# The longest groups start first, one per worker, so neither worker ends the run alone on a long
+# one: the architecture comparison (about 9 min on 2 cores) and the demo run with its readers
+# (about 7 min), then Flower's deployment (about 4 min) after the quick verification tests.
+FIRST_GROUPS = ("test_comparison", "demo_outputs", "test_verification", "test_flower")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]):
     """Keep what shares expensive fixtures on one worker under ``make test``'s two pytest-xdist workers.
@@ -63,12 +69,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]):
     (a trained demo, a Flower deployment, a kedro-viz server) are built once. A wrapper, because
     xdist reads the groups in its own hook of the same name.
     """
+    groups = {}
     for item in items:
-        if any(item.iter_markers("xdist_group")):
-            continue
         fixtures = getattr(item, "fixturenames", ())
-        group = "demo_outputs" if "demo_outputs" in fixtures else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
+        groups[item] = "demo_outputs" if "demo_outputs" in fixtures else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    first = {group: rank for rank, group in enumerate(FIRST_GROUPS)}
+    items.sort(key=lambda item: first.get(groups[item], len(first)))  # stable: the rest keep their order
     return (yield)
 
 
