@@ -125,7 +125,7 @@ def test_an_image_path_that_does_not_exist_is_named(tmp_path):
     missing = tmp_path / "no_such_face.jpg"
 
     with pytest.raises(FacePipelineError, match=r"^attention.image_path: .*no_such_face.jpg does not exist$"):
-        read_face(missing, 112)
+        read_face(missing, 112, "attention.image_path")
 
 
 def test_a_file_that_is_not_an_image_is_named(tmp_path):
@@ -133,7 +133,7 @@ def test_a_file_that_is_not_an_image_is_named(tmp_path):
     notes.write_text("these are not the pixels you are looking for\n")
 
     with pytest.raises(FacePipelineError, match=r"^attention.image_path: .*face.jpg is not an image"):
-        read_face(notes, 112)
+        read_face(notes, 112, "attention.image_path")
 
 
 def test_a_real_orl_face_of_another_size_and_format_is_read_as_rgb():

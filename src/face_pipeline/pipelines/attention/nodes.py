@@ -41,22 +41,28 @@ CHANNEL_COLUMNS = [
 ]
 
 
-def read_face(path: str | Path, img_size: int) -> np.ndarray:
-    """An image file as an ``img_size`` square uint8 RGB face; a clear error if it is not one."""
+def read_face(path: str | Path, img_size: int, source: str = "") -> np.ndarray:
+    """An image file as an ``img_size`` square uint8 RGB face; a clear error if it is not one.
+
+    ``source`` names where the path came from (a parameter) at the start of the error.
+    """
     path = Path(path)
+    prefix = f"{source}: " if source else ""
     if not path.is_file():
-        raise FacePipelineError(f"attention.image_path: {path} does not exist")
+        raise FacePipelineError(f"{prefix}{path} does not exist")
     image = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise FacePipelineError(f"attention.image_path: {path} is not an image OpenCV can decode")
+        raise FacePipelineError(f"{prefix}{path} is not an image OpenCV can decode")
     if image.shape[:2] != (img_size, img_size):
         image = cv2.resize(image, (img_size, img_size), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def normalized(faces: np.ndarray) -> np.ndarray:
-    """insightface's scaling, as the models were trained with: ``(x - 127.5) / 128``."""
-    return (faces.astype(np.float32) - 127.5) / 128.0
+    """The models' input scaling, the same function training uses."""
+    from face_pipeline.models.inputs import normalize
+
+    return normalize(faces).numpy()
 
 
 def input_size(model: Any) -> int:
@@ -203,7 +209,7 @@ def explain_image(
     holdout = holdout_images(partitioned)
     path = attention["image_path"] or str(partitioned.path(next(iter(holdout.values()))[0]))
     model = global_model if which == GLOBAL else party_model(federated_party_models, which)
-    face = read_face(path, input_size(model))
+    face = read_face(path, input_size(model), "attention.image_path")
     image = normalized(face[None])
     if which == GLOBAL:
         references = identity_references(global_model, partitioned, holdout)
